@@ -17,6 +17,9 @@ use crate::logs::LogHub;
 use crate::sources::{FsSourceStore, SourceError};
 use crate::store::SqliteStore;
 
+/// How long open connections may finish after the node stopped its builds.
+const CONNECTION_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A node could not start. Each variant names what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -115,7 +118,17 @@ pub async fn run(
     let server = warp::serve(api::routes(state))
         .serve_incoming_with_graceful_shutdown(incoming, shutdown.clone().cancelled_owned());
     Ok(async move {
-        tokio::join!(server, agent.run(shutdown));
+        let mut serving = tokio::spawn(server);
+        agent.run(shutdown).await;
+        // Graceful shutdown waits for every connection to close, and an idle keep-alive
+        // connection (a CLI, a load balancer) may never do so: give them a moment, then drop them.
+        if tokio::time::timeout(CONNECTION_CLOSE_GRACE, &mut serving)
+            .await
+            .is_err()
+        {
+            tracing::info!("closing connections that stayed open after shutdown");
+            serving.abort();
+        }
         tracing::info!("slipway node stopped");
     })
 }

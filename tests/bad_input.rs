@@ -47,6 +47,19 @@ fn raw_tgz(entries: &[Raw<'_>]) -> Vec<u8> {
     gzip(&tar)
 }
 
+/// Letters from a xorshift generator: gzip cannot shrink them much.
+fn incompressible_text(len: usize) -> String {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'a' + (state % 26) as u8)
+        })
+        .collect()
+}
+
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -229,9 +242,7 @@ async fn a_device_node_is_rejected() {
 #[tokio::test]
 async fn an_upload_over_max_source_bytes_is_413() {
     let node = start_node(|s| s.limits.max_source_bytes = bytesize::ByteSize::kib(1)).await;
-    let noise: String = (0..20_000u32)
-        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
-        .collect();
+    let noise = incompressible_text(20_000);
     let df = valid_dockerfile();
     let body = tgz(&[("Dockerfile", &df), ("noise.txt", &noise)]);
     assert!(body.len() > 1024);
@@ -250,9 +261,7 @@ async fn an_upload_over_max_source_bytes_is_413() {
 #[tokio::test]
 async fn an_upload_over_max_source_bytes_without_content_length_is_413() {
     let node = start_node(|s| s.limits.max_source_bytes = bytesize::ByteSize::kib(1)).await;
-    let noise: String = (0..20_000u32)
-        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
-        .collect();
+    let noise = incompressible_text(20_000);
     let df = valid_dockerfile();
     let body = tgz(&[("Dockerfile", &df), ("noise.txt", &noise)]);
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =

@@ -24,8 +24,9 @@ async fn build_to_end(node: &TestNode, query: &str, files: &[(&str, &str)]) -> s
 async fn a_multi_step_build_succeeds_and_logs_every_step() {
     let node = start_node(|_| {}).await;
     let app = unique("multistep");
-    let df =
-        dockerfile("RUN echo first-step-output\nCOPY hello.txt /hello.txt\nRUN cat /hello.txt\n");
+    let df = dockerfile(&format!(
+        "RUN echo first-step-output # {app}\nCOPY hello.txt /hello.txt\nRUN cat /hello.txt\n"
+    ));
     let files = [
         ("Dockerfile", df.as_str()),
         ("hello.txt", "hello from the context"),
@@ -48,7 +49,7 @@ async fn a_multi_step_build_succeeds_and_logs_every_step() {
     assert_eq!(build["error"], serde_json::Value::Null);
     assert_eq!(build["attempt"], 1);
     assert!(
-        log.contains("Step 2/4 : RUN echo first-step-output"),
+        log.contains("Step 2/5 : RUN echo first-step-output"),
         "{log}"
     );
     assert!(log.contains("\nfirst-step-output\n"), "{log}");
@@ -58,10 +59,10 @@ async fn a_multi_step_build_succeeds_and_logs_every_step() {
         "image",
         "inspect",
         "--format",
-        "{{index .Config.Labels \"slipway.build\"}}",
+        "{{index .Config.Labels \"slipway.app\"}}",
         &image,
     ]);
-    assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), id);
+    assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), app);
     remove_images(&[&image]);
     node.stop().await;
 }
@@ -82,9 +83,11 @@ async fn a_rebuild_with_nothing_changed_takes_every_step_from_the_cache() {
 
     assert_eq!(first["status"], "succeeded");
     assert_eq!(second["status"], "succeeded", "{second}");
-    assert_eq!(log.matches("Using cache").count(), 3, "{log}");
-    assert_eq!(second["cached_steps"], 3, "{second}");
-    assert_eq!(second["total_steps"], 4, "{second}");
+    // RUN, COPY, RUN and the slipway.app LABEL step; FROM is never "cached".
+    assert_eq!(log.matches("Using cache").count(), 4, "{log}");
+    assert_eq!(second["cached_steps"], 4, "{second}");
+    assert_eq!(second["total_steps"], 5, "{second}");
+    assert_eq!(first["cached_steps"], 0, "{first}");
     remove_images(&[
         first["image"].as_str().unwrap(),
         second["image"].as_str().unwrap(),
@@ -96,7 +99,9 @@ async fn a_rebuild_with_nothing_changed_takes_every_step_from_the_cache() {
 async fn build_args_reach_run_steps_and_are_echoed_in_the_options() {
     let node = start_node(|_| {}).await;
     let app = unique("buildarg");
-    let df = dockerfile("ARG WORD=plain\nRUN echo \"word=$WORD\"\n");
+    let df = dockerfile(&format!(
+        "ARG WORD=plain\nRUN echo \"word=$WORD\" # {app}\n"
+    ));
     let id = node
         .submit_ok(
             &format!("app={app}&build_arg=WORD%3Dsesame"),
@@ -118,7 +123,7 @@ async fn target_stops_at_the_named_stage() {
     let app = unique("target");
     let base = testbed().base_image;
     let df = format!(
-        "FROM {base} AS first\nRUN echo in-first-stage\nFROM {base} AS second\nRUN echo in-second-stage\n"
+        "FROM {base} AS first\nRUN echo in-first-stage # {app}\nFROM {base} AS second\nRUN echo in-second-stage # {app}\n"
     );
     let id = node
         .submit_ok(
@@ -140,7 +145,7 @@ async fn target_stops_at_the_named_stage() {
 async fn a_dockerfile_elsewhere_in_the_context_is_used_when_named() {
     let node = start_node(|_| {}).await;
     let app = unique("dockerfile");
-    let df = dockerfile("RUN echo from-the-prod-dockerfile\n");
+    let df = dockerfile(&format!("RUN echo from-the-prod-dockerfile # {app}\n"));
     let id = node
         .submit_ok(
             &format!("app={app}&dockerfile=docker/Dockerfile.prod"),
@@ -159,7 +164,9 @@ async fn a_dockerfile_elsewhere_in_the_context_is_used_when_named() {
 async fn a_failing_run_step_fails_the_build_naming_the_step_and_keeps_the_output() {
     let node = start_node(|_| {}).await;
     let app = unique("failing");
-    let df = dockerfile("RUN echo before-the-failure && exit 3\nRUN echo never-reached\n");
+    let df = dockerfile(&format!(
+        "RUN echo before-the-failure && exit 3 # {app}\nRUN echo never-reached\n"
+    ));
     let id = node
         .submit_ok(&format!("app={app}"), tgz(&[("Dockerfile", &df)]))
         .await;
@@ -168,7 +175,7 @@ async fn a_failing_run_step_fails_the_build_naming_the_step_and_keeps_the_output
 
     assert_eq!(build["status"], "failed", "{build}");
     let error = build["error"].as_str().unwrap();
-    assert!(error.contains("step 2/3"), "{error}");
+    assert!(error.contains("step 2/4"), "{error}");
     assert!(
         error.contains("RUN echo before-the-failure && exit 3"),
         "{error}"
@@ -305,7 +312,9 @@ async fn concurrent_builds_all_complete_with_at_most_the_configured_number_runni
 async fn two_followers_see_the_same_complete_log_and_sse_resumes_after_last_event_id() {
     let node = start_node(|_| {}).await;
     let app = unique("followers");
-    let df = dockerfile("RUN for i in 1 2 3 4 5 6 7 8 9 10; do echo line-$i; sleep 0.1; done\n");
+    let df = dockerfile(&format!(
+        "RUN for i in 1 2 3 4 5 6 7 8 9 10; do echo line-$i; sleep 0.1; done # {app}\n"
+    ));
     let id = node
         .submit_ok(&format!("app={app}"), tgz(&[("Dockerfile", &df)]))
         .await;
@@ -389,7 +398,7 @@ async fn sse_events(
 async fn a_multipart_upload_with_the_file_first_enqueues_like_a_raw_one() {
     let node = start_node(|_| {}).await;
     let app = unique("multipart");
-    let df = dockerfile("RUN echo via-multipart\n");
+    let df = dockerfile(&format!("RUN echo via-multipart # {app}\n"));
     let form = reqwest::multipart::Form::new()
         .part(
             "source",

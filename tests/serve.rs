@@ -27,6 +27,8 @@ fn the_binary_serves_the_http_contract_and_stops_on_sigterm() {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir.path())
         .env("SLIPWAY_NODE_ID", common::unique("contract"))
+        // The test machines' dockerd has no usable default bridge.
+        .env("SLIPWAY_DOCKER__NETWORK_MODE", "none")
         .stderr(Stdio::piped())
         .spawn()
         .expect("start slipway serve");

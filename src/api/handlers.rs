@@ -355,8 +355,10 @@ fn sse_response(
                 Ok(LogEvent::Line(line)) => Some(Ok::<_, Infallible>(
                     warp::sse::Event::default()
                         .id(line.offset.to_string())
-                        // A bare CR would split the SSE line; show it as the terminal would.
-                        .data(line.text.replace('\r', "")),
+                        // warp writes `data:` with no space and clients drop one leading
+                        // space, so add one: a line's own leading spaces survive. A bare CR
+                        // would split the SSE line; drop it as a terminal would.
+                        .data(format!(" {}", line.text.replace('\r', ""))),
                 )),
                 Ok(LogEvent::End(status)) => Some(Ok(warp::sse::Event::default()
                     .event("end")

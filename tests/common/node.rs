@@ -27,6 +27,8 @@ pub async fn start_node(configure: impl FnOnce(&mut Settings)) -> TestNode {
         node_id: super::unique("node"),
         ..Settings::default()
     };
+    // The test machines' dockerd has no usable default bridge; builds here need no network.
+    settings.docker.network_mode = "none".to_string();
     configure(&mut settings);
     let running = slipway::server::start(settings.clone())
         .await
