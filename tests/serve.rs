@@ -19,20 +19,47 @@ fn contract_check() -> PathBuf {
     }
 }
 
+/// Stops the node even when an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The contract check always builds the same Dockerfile as app `contract-check` and expects its
+/// RUN output in the log, so no cached layer of an earlier run may survive.
+fn remove_contract_check_images() {
+    let images = common::docker(&[
+        "images",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+        "slipway/contract-check",
+    ]);
+    for image in String::from_utf8_lossy(&images.stdout).lines() {
+        let _ = common::docker(&["rmi", "-f", image]);
+    }
+}
+
 #[test]
 fn the_binary_serves_the_http_contract_and_stops_on_sigterm() {
     let bed = testbed();
+    remove_contract_check_images();
     let data_dir = tempfile::tempdir().unwrap();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir.path())
-        .env("SLIPWAY_NODE_ID", common::unique("contract"))
-        // The test machines' dockerd has no usable default bridge.
-        .env("SLIPWAY_DOCKER__NETWORK_MODE", "none")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start slipway serve");
-    let mut stderr = BufReader::new(node.stderr.take().unwrap());
+    let mut node = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .env("SLIPWAY_NODE_ID", common::unique("contract"))
+            // The test machines' dockerd has no usable default bridge.
+            .env("SLIPWAY_DOCKER__NETWORK_MODE", "none")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start slipway serve"),
+    );
+    let mut stderr = BufReader::new(node.0.stderr.take().unwrap());
     let mut url = None;
     let mut seen = String::new();
     for _ in 0..50 {
@@ -65,11 +92,11 @@ fn the_binary_serves_the_http_contract_and_stops_on_sigterm() {
     assert!(report.contains("contract: all checks passed"), "{report}");
 
     let kill = Command::new("kill")
-        .args(["-TERM", &node.id().to_string()])
+        .args(["-TERM", &node.0.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = node.wait().unwrap();
+    let status = node.0.wait().unwrap();
     assert!(
         status.success(),
         "slipway serve should exit 0 on SIGTERM: {status}"
@@ -77,13 +104,5 @@ fn the_binary_serves_the_http_contract_and_stops_on_sigterm() {
     let _ = drain.join();
     assert!(data_dir.path().join("cache.db").exists());
 
-    let images = common::docker(&[
-        "images",
-        "--format",
-        "{{.Repository}}:{{.Tag}}",
-        "slipway/contract-check",
-    ]);
-    for image in String::from_utf8_lossy(&images.stdout).lines() {
-        let _ = common::docker(&["rmi", "-f", image]);
-    }
+    remove_contract_check_images();
 }

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_util::{Stream, StreamExt};
@@ -308,34 +309,82 @@ pub async fn build_logs(state: Arc<ApiState>, request: LogRequest) -> Result<Res
             .map_err(|_| ApiError::LastEventId(last.chars().take(100).collect()))?,
     };
     let events = state.logs.follow(state.store.clone(), id, from, follow);
-    if sse {
-        Ok(sse_response(events))
+    let format = if sse {
+        LogFormat::EventStream
     } else {
-        Ok(text_response(events))
+        LogFormat::Text
+    };
+    Ok(log_response(events, format))
+}
+
+/// How a log goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    /// `text/plain`: one line per line, nothing else.
+    Text,
+    /// Server-Sent Events: `id:` is the line offset; a final `end` event carries the status.
+    EventStream,
+}
+
+/// An SSE comment sent while a build is quiet, so proxies keep the connection open.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+impl LogFormat {
+    fn content_type(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text/plain; charset=utf-8",
+            LogFormat::EventStream => "text/event-stream",
+        }
+    }
+
+    fn render(self, event: &LogEvent) -> Option<Bytes> {
+        let text = match (self, event) {
+            (LogFormat::Text, LogEvent::Line(line)) => format!("{}\n", line.text),
+            (LogFormat::Text, LogEvent::End(_)) => return None,
+            // `data: ` with its space: clients drop one space after the colon, so a line's own
+            // leading spaces survive. A bare CR would end the SSE line; drop it like a terminal.
+            (LogFormat::EventStream, LogEvent::Line(line)) => format!(
+                "id: {}\ndata: {}\n\n",
+                line.offset,
+                line.text.replace('\r', "")
+            ),
+            (LogFormat::EventStream, LogEvent::End(status)) => format!(
+                "event: end\ndata: {}\n\n",
+                serde_json::json!({ "status": status })
+            ),
+        };
+        Some(Bytes::from(text))
     }
 }
 
-fn text_response(
+fn log_response(
     events: impl Stream<Item = Result<LogEvent, crate::logs::LogError>> + Send + 'static,
+    format: LogFormat,
 ) -> Response {
-    let body = events
+    let rendered = events
         .take_while(|event| std::future::ready(event.is_ok()))
-        .filter_map(|event| {
-            std::future::ready(match event {
-                Ok(LogEvent::Line(line)) => {
-                    let mut text = String::with_capacity(line.text.len() + 1);
-                    text.push_str(&line.text);
-                    text.push('\n');
-                    Some(Ok::<_, Infallible>(Bytes::from(text)))
-                }
-                _ => None,
-            })
-        });
+        .filter_map(move |event| std::future::ready(event.ok().and_then(|e| format.render(&e))))
+        .map(Some)
+        .chain(futures_util::stream::once(std::future::ready(None)));
+    let body = match format {
+        LogFormat::Text => rendered.boxed(),
+        LogFormat::EventStream => {
+            let keep_alive = futures_util::stream::unfold((), |()| async {
+                tokio::time::sleep(SSE_KEEP_ALIVE).await;
+                Some((Some(Bytes::from_static(b": keep-alive\n\n")), ()))
+            });
+            futures_util::stream::select(rendered, keep_alive).boxed()
+        }
+    };
+    // `None` marks the end of the log (the keep-alive stream never ends by itself).
+    let body = body
+        .take_while(|chunk| std::future::ready(chunk.is_some()))
+        .filter_map(|chunk| std::future::ready(chunk.map(Ok::<_, Infallible>)));
     let mut response = Response::new(warp::hyper::Body::wrap_stream(body));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static(format.content_type()),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(
@@ -343,30 +392,6 @@ fn text_response(
         HeaderValue::from_static("nosniff"),
     );
     response
-}
-
-fn sse_response(
-    events: impl Stream<Item = Result<LogEvent, crate::logs::LogError>> + Send + 'static,
-) -> Response {
-    let events = events
-        .take_while(|event| std::future::ready(event.is_ok()))
-        .filter_map(|event| {
-            std::future::ready(match event {
-                Ok(LogEvent::Line(line)) => Some(Ok::<_, Infallible>(
-                    warp::sse::Event::default()
-                        .id(line.offset.to_string())
-                        // warp writes `data:` with no space and clients drop one leading
-                        // space, so add one: a line's own leading spaces survive. A bare CR
-                        // would split the SSE line; drop it as a terminal would.
-                        .data(format!(" {}", line.text.replace('\r', ""))),
-                )),
-                Ok(LogEvent::End(status)) => Some(Ok(warp::sse::Event::default()
-                    .event("end")
-                    .data(serde_json::json!({ "status": status }).to_string()))),
-                Err(_) => None,
-            })
-        });
-    warp::Reply::into_response(warp::sse::reply(warp::sse::keep_alive().stream(events)))
 }
 
 /// `GET /healthz`: 200 when Docker and the store answer, 503 otherwise.
