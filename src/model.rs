@@ -81,8 +81,14 @@ impl ValidationError {
 pub struct BuildId(ulid::Ulid);
 
 impl BuildId {
+    /// A new id, greater than every id this process made before — also within one millisecond,
+    /// so the queue is first-come first-served and listings are newest first.
     pub fn new() -> Self {
-        BuildId(ulid::Ulid::new())
+        static GENERATOR: std::sync::Mutex<ulid::Generator> =
+            std::sync::Mutex::new(ulid::Generator::new());
+        let mut generator = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+        // Fails only when 2^80 ids were made in one millisecond; a random id is fine then.
+        BuildId(generator.generate().unwrap_or_else(|_| ulid::Ulid::new()))
     }
 }
 

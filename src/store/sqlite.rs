@@ -383,3 +383,294 @@ fn lease_lost(lease: &Lease) -> StoreError {
         attempt: lease.attempt,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::{BuildRequest, Status};
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        (dir, SqliteStore::new(cache))
+    }
+
+    fn queued_build(app: &str) -> Build {
+        let request = BuildRequest {
+            app: app.parse().unwrap(),
+            options: Default::default(),
+            description: None,
+        };
+        let source = SourceInfo {
+            bytes: 10,
+            sha256: "ab".repeat(32),
+        };
+        Build::new_queued(BuildId::new(), request, source)
+    }
+
+    fn soon() -> Timestamp {
+        Timestamp::now().plus(Duration::from_secs(30))
+    }
+
+    async fn enqueue(store: &SqliteStore) -> Build {
+        let build = queued_build("app");
+        store.create(&build).await.unwrap();
+        build
+    }
+
+    async fn claim_as(store: &SqliteStore, build: &Build, node: &str) -> Option<Build> {
+        let candidate = QueuedBuild {
+            id: build.id,
+            attempt: build.attempt,
+        };
+        store.claim(&candidate, node, soon()).await.unwrap()
+    }
+
+    fn lease(build: &Build, node: &str) -> Lease {
+        Lease {
+            id: build.id,
+            attempt: build.attempt,
+            node: node.to_string(),
+        }
+    }
+
+    fn succeeded() -> Outcome {
+        Outcome {
+            status: Status::Succeeded,
+            image: Some("slipway/app:x".into()),
+            digest: None,
+            error: None,
+            cached_steps: Some(1),
+            total_steps: Some(2),
+        }
+    }
+
+    #[tokio::test]
+    async fn creating_the_same_id_twice_is_refused() {
+        let (_dir, store) = store();
+        let build = enqueue(&store).await;
+        assert!(matches!(
+            store.create(&build).await,
+            Err(StoreError::AlreadyExists(id)) if id == build.id
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_claim_makes_the_build_running_on_that_node_with_the_next_attempt() {
+        let (_dir, store) = store();
+        let build = enqueue(&store).await;
+        let claimed = claim_as(&store, &build, "node-a").await.unwrap();
+        assert_eq!(claimed.status, Status::Running);
+        assert_eq!(claimed.node.as_deref(), Some("node-a"));
+        assert_eq!(claimed.attempt, 1);
+        assert!(claimed.started_at.is_some());
+        assert_eq!(store.queued(10).await.unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn second_agent_cannot_claim_a_running_build() {
+        let (_dir, store) = store();
+        let build = enqueue(&store).await;
+        claim_as(&store, &build, "node-a").await.unwrap();
+        assert_eq!(claim_as(&store, &build, "node-b").await, None);
+        let now = store.get(build.id).await.unwrap().unwrap();
+        assert_eq!(now.node.as_deref(), Some("node-a"));
+    }
+
+    #[tokio::test]
+    async fn the_queue_lists_oldest_first() {
+        let (_dir, store) = store();
+        let first = enqueue(&store).await;
+        let second = enqueue(&store).await;
+        let ids: Vec<BuildId> = store
+            .queued(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|q| q.id)
+            .collect();
+        assert_eq!(ids, vec![first.id, second.id]);
+    }
+
+    #[tokio::test]
+    async fn a_stale_attempt_can_neither_renew_nor_finish() {
+        let (_dir, store) = store();
+        let build = enqueue(&store).await;
+        let first = claim_as(&store, &build, "node-a").await.unwrap();
+        // The lease lapses and the reaper requeues it; node-b claims attempt 2.
+        let expired = ExpiredLease {
+            id: build.id,
+            attempt: 1,
+            lease_until: Timestamp::from_millis(0),
+        };
+        store.release(&lease(&first, "node-a")).await.unwrap();
+        let requeued = store.get(build.id).await.unwrap().unwrap();
+        assert_eq!(store.reap(&expired, 3).await.unwrap(), Reaped::Skipped);
+        let second = claim_as(&store, &requeued, "node-b").await.unwrap();
+        assert_eq!(second.attempt, 2);
+
+        let stale = lease(&first, "node-a");
+        assert!(matches!(
+            store.renew(&stale, soon()).await,
+            Err(StoreError::LeaseLost { attempt: 1, .. })
+        ));
+        assert!(matches!(
+            store.finish(&stale, &succeeded()).await,
+            Err(StoreError::LeaseLost { .. })
+        ));
+        store
+            .finish(&lease(&second, "node-b"), &succeeded())
+            .await
+            .unwrap();
+        let done = store.get(build.id).await.unwrap().unwrap();
+        assert_eq!(
+            (done.status, done.node.as_deref(), done.attempt),
+            (Status::Succeeded, Some("node-b"), 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn renewal_reports_a_cancel_request() {
+        let (_dir, store) = store();
+        let build = enqueue(&store).await;
+        let running = claim_as(&store, &build, "node-a").await.unwrap();
+        let held = lease(&running, "node-a");
+        assert!(!store.renew(&held, soon()).await.unwrap().cancel_requested);
+        let flagged = store.request_cancel(build.id).await.unwrap();
+        assert_eq!(
+            (flagged.status, flagged.cancel_requested),
+            (Status::Running, true)
+        );
+        assert!(store.renew(&held, soon()).await.unwrap().cancel_requested);
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_queued_build_ends_it_at_once_and_nobody_can_claim_it() {
+        let (_dir, store) = store();
+        let build = enqueue(&store).await;
+        let cancelled = store.request_cancel(build.id).await.unwrap();
+        assert_eq!(cancelled.status, Status::Cancelled);
+        assert!(cancelled.finished_at.is_some());
+        assert_eq!(claim_as(&store, &build, "node-a").await, None);
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_finished_build_is_refused_with_its_status() {
+        let (_dir, store) = store();
+        let build = enqueue(&store).await;
+        let running = claim_as(&store, &build, "node-a").await.unwrap();
+        store
+            .finish(&lease(&running, "node-a"), &succeeded())
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.request_cancel(build.id).await,
+            Err(StoreError::AlreadyFinished {
+                status: Status::Succeeded,
+                ..
+            })
+        ));
+        assert!(matches!(
+            store.request_cancel(BuildId::new()).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_requeued_then_failed_after_max_attempts() {
+        let (_dir, store) = store();
+        let build = enqueue(&store).await;
+        let mut current = build.clone();
+        for attempt in 1..=2 {
+            let running = store
+                .claim(
+                    &QueuedBuild {
+                        id: build.id,
+                        attempt: current.attempt,
+                    },
+                    "node-a",
+                    Timestamp::from_millis(1),
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(running.attempt, attempt);
+            let expired = store.expired_leases(Timestamp::now()).await.unwrap();
+            assert_eq!(expired.len(), 1);
+            let reaped = store.reap(&expired[0], 2).await.unwrap();
+            current = store.get(build.id).await.unwrap().unwrap();
+            if attempt == 1 {
+                assert_eq!((reaped, current.status), (Reaped::Requeued, Status::Queued));
+            } else {
+                assert_eq!((reaped, current.status), (Reaped::Failed, Status::Failed));
+                assert!(current.error.unwrap().starts_with("agent lost"));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_renewed_lease_is_not_reaped() {
+        let (_dir, store) = store();
+        let build = enqueue(&store).await;
+        let running = store
+            .claim(
+                &QueuedBuild {
+                    id: build.id,
+                    attempt: 0,
+                },
+                "node-a",
+                Timestamp::from_millis(1),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let expired = store.expired_leases(Timestamp::now()).await.unwrap();
+        store
+            .renew(&lease(&running, "node-a"), soon())
+            .await
+            .unwrap();
+        assert_eq!(store.reap(&expired[0], 3).await.unwrap(), Reaped::Skipped);
+        assert_eq!(
+            store.get(build.id).await.unwrap().unwrap().status,
+            Status::Running
+        );
+    }
+
+    #[tokio::test]
+    async fn listing_pages_newest_first_with_filters() {
+        let (_dir, store) = store();
+        let mut ids = Vec::new();
+        for app in ["a", "b", "a", "a"] {
+            let build = queued_build(app);
+            store.create(&build).await.unwrap();
+            ids.push(build.id);
+        }
+        let filter = ListFilter {
+            app: Some("a".parse().unwrap()),
+            limit: 2,
+            ..ListFilter::default()
+        };
+        let page: Vec<BuildId> = store
+            .list(&filter)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.id)
+            .collect();
+        assert_eq!(page, vec![ids[3], ids[2]]);
+        let next = ListFilter {
+            before: Some(ids[2]),
+            ..filter
+        };
+        let page: Vec<BuildId> = store
+            .list(&next)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.id)
+            .collect();
+        assert_eq!(page, vec![ids[0]]);
+    }
+}
