@@ -253,8 +253,8 @@ impl Settings {
             figment = figment.merge(Toml::string(&text));
         }
         figment = figment.merge(Env::prefixed("SLIPWAY_").split("__").filter(|key| {
-            let key = key.as_str();
-            !NON_SETTING_ENV.contains(&key) && !key.starts_with("test_")
+            let key = key.as_str().to_ascii_lowercase();
+            !NON_SETTING_ENV.contains(&key.as_str()) && !key.starts_with("test_")
         }));
         let mut settings: Settings = figment
             .extract()
@@ -369,11 +369,50 @@ mod humantime_serde {
 mod tests {
     use super::*;
 
+    /// Loads `text` as the config file with `env` added to the environment (which is
+    /// process-wide: figment's Jail serialises the tests that touch it and restores it after).
+    #[allow(clippy::result_large_err)] // figment::Error is what Jail closures return
+    fn load_with_env(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut result = None;
+        figment::Jail::expect_with(|jail| {
+            for (key, value) in env {
+                jail.set_env(key, value);
+            }
+            jail.create_file("slipway.toml", text)?;
+            result = Some(Settings::load(
+                Some(Path::new("slipway.toml")),
+                &Overrides::default(),
+            ));
+            Ok(())
+        });
+        result.expect("jail ran")
+    }
+
     fn load_toml(text: &str) -> Result<Settings, ConfigError> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("slipway.toml");
-        std::fs::write(&path, text).unwrap();
-        Settings::load(Some(&path), &Overrides::default())
+        load_with_env(text, &[])
+    }
+
+    #[test]
+    fn environment_variables_override_the_file_and_cli_variables_are_ignored() {
+        let s = load_with_env(
+            "max_concurrent_builds = 4\n",
+            &[
+                ("SLIPWAY_MAX_CONCURRENT_BUILDS", "3"),
+                ("SLIPWAY_LEASE__DURATION", "9s"),
+                ("SLIPWAY_TEST_BASE_IMAGE", "not a setting"),
+                ("SLIPWAY_SERVER", "http://not-a-setting"),
+                ("SLIPWAY_TOKEN", "not-a-setting"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.max_concurrent_builds, 3);
+        assert_eq!(s.lease.duration, Duration::from_secs(9));
+    }
+
+    #[test]
+    fn an_unknown_environment_setting_is_refused_by_name() {
+        let err = load_with_env("", &[("SLIPWAY_MAX_BUILDS", "3")]).unwrap_err();
+        assert!(err.to_string().contains("max_builds"), "{err}");
     }
 
     #[test]
