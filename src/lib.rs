@@ -25,6 +25,7 @@ pub mod context;
 pub mod docker;
 pub mod dockerignore;
 pub mod intake;
+pub mod lines;
 pub mod logs;
 pub mod model;
 pub mod server;

@@ -99,74 +99,87 @@ async fn submit_archive(node: &TestNode, body: Vec<u8>) -> Answer {
     node.submit(&format!("app={}", unique("bad")), body).await
 }
 
+/// Starts a node configured by `configure`, uploads `body` for a valid app, and asserts the
+/// rejection and that nothing was left behind.
+async fn expect_rejection(
+    configure: impl FnOnce(&mut slipway::config::Settings),
+    body: Vec<u8>,
+    status: StatusCode,
+    code: &str,
+    message_names: &str,
+) {
+    let node = start_node(configure).await;
+    let answer = submit_archive(&node, body).await;
+    assert_rejected(&node, answer, status, code, message_names).await;
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn a_body_that_is_not_gzip_is_rejected() {
-    let node = start_node(|_| {}).await;
-    let answer = submit_archive(&node, b"just some text".to_vec()).await;
-    assert_rejected(&node, answer, StatusCode::BAD_REQUEST, "not_gzip", "gzip").await;
-    node.stop().await;
+    expect_rejection(
+        |_| {},
+        b"just some text".to_vec(),
+        StatusCode::BAD_REQUEST,
+        "not_gzip",
+        "gzip",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn gzip_that_is_not_a_tar_is_rejected() {
-    let node = start_node(|_| {}).await;
-    let answer = submit_archive(&node, gzip(&[7u8; 2000])).await;
-    assert_rejected(&node, answer, StatusCode::BAD_REQUEST, "not_tar", "tar").await;
-    node.stop().await;
+    expect_rejection(
+        |_| {},
+        gzip(&[7u8; 2000]),
+        StatusCode::BAD_REQUEST,
+        "not_tar",
+        "tar",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn an_empty_body_is_rejected() {
-    let node = start_node(|_| {}).await;
-    let answer = submit_archive(&node, Vec::new()).await;
-    assert_rejected(
-        &node,
-        answer,
+    expect_rejection(
+        |_| {},
+        Vec::new(),
         StatusCode::BAD_REQUEST,
         "empty_body",
         "empty",
     )
     .await;
-    node.stop().await;
 }
 
 #[tokio::test]
 async fn a_path_with_parent_components_is_rejected() {
-    let node = start_node(|_| {}).await;
     let df = valid_dockerfile();
     let body = raw_tgz(&[file("Dockerfile", &df), file("../etc/passwd", "x")]);
-    let answer = submit_archive(&node, body).await;
-    assert_rejected(
-        &node,
-        answer,
+    expect_rejection(
+        |_| {},
+        body,
         StatusCode::BAD_REQUEST,
         "path_escapes",
         "../etc/passwd",
     )
     .await;
-    node.stop().await;
 }
 
 #[tokio::test]
 async fn an_absolute_path_is_rejected() {
-    let node = start_node(|_| {}).await;
     let df = valid_dockerfile();
     let body = raw_tgz(&[file("Dockerfile", &df), file("/etc/cron.d/x", "x")]);
-    let answer = submit_archive(&node, body).await;
-    assert_rejected(
-        &node,
-        answer,
+    expect_rejection(
+        |_| {},
+        body,
         StatusCode::BAD_REQUEST,
         "path_escapes",
         "/etc/cron.d/x",
     )
     .await;
-    node.stop().await;
 }
 
 #[tokio::test]
 async fn a_symlink_pointing_outside_the_context_is_rejected() {
-    let node = start_node(|_| {}).await;
     let df = valid_dockerfile();
     let body = raw_tgz(&[
         file("Dockerfile", &df),
@@ -177,21 +190,18 @@ async fn a_symlink_pointing_outside_the_context_is_rejected() {
             data: b"",
         },
     ]);
-    let answer = submit_archive(&node, body).await;
-    assert_rejected(
-        &node,
-        answer,
+    expect_rejection(
+        |_| {},
+        body,
         StatusCode::BAD_REQUEST,
         "link_escapes",
         "sub/escape",
     )
     .await;
-    node.stop().await;
 }
 
 #[tokio::test]
 async fn a_hard_link_pointing_outside_the_context_is_rejected() {
-    let node = start_node(|_| {}).await;
     let df = valid_dockerfile();
     let body = raw_tgz(&[
         file("Dockerfile", &df),
@@ -202,21 +212,18 @@ async fn a_hard_link_pointing_outside_the_context_is_rejected() {
             data: b"",
         },
     ]);
-    let answer = submit_archive(&node, body).await;
-    assert_rejected(
-        &node,
-        answer,
+    expect_rejection(
+        |_| {},
+        body,
         StatusCode::BAD_REQUEST,
         "link_escapes",
         "shadow",
     )
     .await;
-    node.stop().await;
 }
 
 #[tokio::test]
 async fn a_device_node_is_rejected() {
-    let node = start_node(|_| {}).await;
     let df = valid_dockerfile();
     let body = raw_tgz(&[
         file("Dockerfile", &df),
@@ -227,35 +234,30 @@ async fn a_device_node_is_rejected() {
             data: b"",
         },
     ]);
-    let answer = submit_archive(&node, body).await;
-    assert_rejected(
-        &node,
-        answer,
+    expect_rejection(
+        |_| {},
+        body,
         StatusCode::BAD_REQUEST,
         "unsupported_entry",
         "disk",
     )
     .await;
-    node.stop().await;
 }
 
 #[tokio::test]
 async fn an_upload_over_max_source_bytes_is_413() {
-    let node = start_node(|s| s.limits.max_source_bytes = bytesize::ByteSize::kib(1)).await;
     let noise = incompressible_text(20_000);
     let df = valid_dockerfile();
     let body = tgz(&[("Dockerfile", &df), ("noise.txt", &noise)]);
     assert!(body.len() > 1024);
-    let answer = submit_archive(&node, body).await;
-    assert_rejected(
-        &node,
-        answer,
+    expect_rejection(
+        |s| s.limits.max_source_bytes = bytesize::ByteSize::kib(1),
+        body,
         StatusCode::PAYLOAD_TOO_LARGE,
         "source_too_large",
         "1024",
     )
     .await;
-    node.stop().await;
 }
 
 #[tokio::test]
@@ -290,39 +292,29 @@ async fn an_upload_over_max_source_bytes_without_content_length_is_413() {
 
 #[tokio::test]
 async fn an_archive_that_unpacks_beyond_max_context_bytes_is_rejected() {
-    let node = start_node(|s| s.limits.max_context_bytes = bytesize::ByteSize::kib(64)).await;
     let big = "0".repeat(200 * 1024);
     let df = valid_dockerfile();
-    let answer = submit_archive(&node, tgz(&[("Dockerfile", &df), ("zeros", &big)])).await;
-    assert_rejected(
-        &node,
-        answer,
+    expect_rejection(
+        |s| s.limits.max_context_bytes = bytesize::ByteSize::kib(64),
+        tgz(&[("Dockerfile", &df), ("zeros", &big)]),
         StatusCode::BAD_REQUEST,
         "context_too_large",
         "65536",
     )
     .await;
-    node.stop().await;
 }
 
 #[tokio::test]
 async fn an_archive_with_more_entries_than_max_entries_is_rejected() {
-    let node = start_node(|s| s.limits.max_entries = 3).await;
     let df = valid_dockerfile();
-    let answer = submit_archive(
-        &node,
+    expect_rejection(
+        |s| s.limits.max_entries = 3,
         tgz(&[("Dockerfile", &df), ("a", "a"), ("b", "b"), ("c", "c")]),
-    )
-    .await;
-    assert_rejected(
-        &node,
-        answer,
         StatusCode::BAD_REQUEST,
         "too_many_entries",
         "3",
     )
     .await;
-    node.stop().await;
 }
 
 #[tokio::test]

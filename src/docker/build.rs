@@ -14,8 +14,9 @@ use futures_util::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::build_log::{BuildLog, starts_builder_message};
-use super::lines::{LineSplitter, ProgressLines};
+use super::lines::ProgressLines;
 use super::{DockerEngine, DockerError};
+use crate::lines::LineSplitter;
 
 /// What to build and under which limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,7 +201,7 @@ impl<'a> BuildOutput<'a> {
         if starts_builder_message(chunk) {
             splitter.finish(&mut emit);
         }
-        splitter.push(chunk, &mut emit);
+        splitter.push(chunk.as_bytes(), &mut emit);
     }
 
     fn status(&mut self, id: Option<&str>, status: &str, is_tick: bool) {
