@@ -27,6 +27,7 @@ pub mod dockerignore;
 pub mod intake;
 pub mod logs;
 pub mod model;
+pub mod registry;
 pub mod server;
 pub mod sources;
 pub mod store;
