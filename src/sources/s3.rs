@@ -158,6 +158,10 @@ impl S3Upload {
 
     async fn write_chunk(&mut self, mut chunk: Bytes) -> Result<(), SourceError> {
         while !chunk.is_empty() {
+            if self.buffer.is_empty() && self.upload_id.is_some() {
+                // A large upload: take the next part's memory at once rather than by doubling.
+                self.buffer.reserve(PART_SIZE);
+            }
             let room = PART_SIZE - self.buffer.len();
             let taken = chunk.split_to(room.min(chunk.len()));
             self.buffer.extend_from_slice(&taken);
