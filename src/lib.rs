@@ -28,6 +28,7 @@ pub mod intake;
 pub mod lines;
 pub mod logs;
 pub mod model;
+pub mod registry;
 pub mod server;
 pub mod sources;
 pub mod store;

@@ -3,8 +3,10 @@
 //! rejected upload leaves nothing behind.
 
 mod fs;
+mod s3;
 
 pub use fs::FsSourceStore;
+pub use s3::{ABANDONED_UPLOAD_RULE, PART_SIZE, S3SourceStore, ensure_bucket, s3_client};
 
 use std::pin::Pin;
 
@@ -25,6 +27,12 @@ pub enum SourceError {
     Io {
         action: &'static str,
         source: std::io::Error,
+    },
+    /// The object store answered with an error (after the SDK's retries) or not at all.
+    #[error("source storage failed while {action}: {detail}")]
+    Remote {
+        action: &'static str,
+        detail: String,
     },
 }
 
