@@ -122,3 +122,39 @@ async fn ping_answers_for_an_existing_table_only() {
     ));
     fixture.close().await;
 }
+
+#[tokio::test]
+async fn ensure_table_refuses_a_table_without_the_indexes() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let client = dynamo_client(&moto_config().await);
+    let table = common::unique("slipway-bare");
+    client
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let refused = ensure_table(&client, &table).await;
+    assert!(
+        matches!(&refused, Err(slipway::store::StoreError::Unavailable(m)) if m.contains("without the index queue")),
+        "{refused:?}"
+    );
+    delete_table(&client, &table).await;
+}
