@@ -1,9 +1,11 @@
 //! Where builds live and how agents take turns on them: the claim / lease / finish / reap
-//! protocol of DESIGN.md as one trait, with SQLite (embedded) behind it today and DynamoDB next.
+//! protocol of DESIGN.md as one trait, with SQLite (embedded) and DynamoDB (cluster) behind it.
 //! Every state change is a conditional write; `attempt` is the fencing token.
 
+pub mod dynamo;
 mod sqlite;
 
+pub use dynamo::{DynamoStore, SetupReport, ensure_table};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

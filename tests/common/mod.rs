@@ -24,6 +24,8 @@ pub struct Testbed {
     pub registry: String,
     pub registry_user: String,
     pub registry_password: String,
+    /// `http://host:port` of moto_server, standing in for S3, DynamoDB, ECR and ECS.
+    pub aws_endpoint: String,
 }
 
 /// The testbed, checked once per test binary: docker answers, the base image exists and the
@@ -54,9 +56,11 @@ fn check_testbed() -> Result<Testbed, String> {
         registry: var("SLIPWAY_TEST_REGISTRY")?,
         registry_user: var("SLIPWAY_TEST_REGISTRY_USER")?,
         registry_password: var("SLIPWAY_TEST_REGISTRY_PASSWORD")?,
+        aws_endpoint: var("SLIPWAY_TEST_AWS_ENDPOINT")?,
     };
     check_docker(&testbed.base_image)?;
     check_registry(&testbed.registry)?;
+    check_aws_endpoint(&testbed.aws_endpoint)?;
     Ok(testbed)
 }
 
@@ -92,28 +96,48 @@ fn check_docker(base_image: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The registry answers `GET /v2/` with 401 when it is up and wants basic auth.
-fn check_registry(registry: &str) -> Result<(), String> {
-    let unreachable =
-        |err: &dyn std::fmt::Display| format!("registry {registry} unreachable: {err}");
-    let addr = registry
+/// moto_server answers any GET; an HTTP status line of any kind proves it is up.
+fn check_aws_endpoint(endpoint: &str) -> Result<(), String> {
+    let authority = endpoint
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("AWS endpoint {endpoint} is not an http:// URL"))?
+        .trim_end_matches('/');
+    let status_line = http_get_status_line(authority, "/")
+        .map_err(|err| format!("AWS endpoint {endpoint} unreachable: {err}"))?;
+    if !status_line.starts_with("HTTP/") {
+        return Err(format!(
+            "AWS endpoint {endpoint} answered `{status_line}` to GET /, not HTTP"
+        ));
+    }
+    Ok(())
+}
+
+/// The first line of the answer to a plain HTTP/1.0 `GET path` on `authority` (`host:port`).
+fn http_get_status_line(authority: &str, path: &str) -> Result<String, String> {
+    let fail = |err: &dyn std::fmt::Display| err.to_string();
+    let addr = authority
         .to_socket_addrs()
-        .map_err(|err| unreachable(&err))?
+        .map_err(|err| fail(&err))?
         .next()
-        .ok_or_else(|| unreachable(&"no address"))?;
+        .ok_or_else(|| fail(&"no address"))?;
     let timeout = Duration::from_secs(2);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|err| unreachable(&err))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|err| fail(&err))?;
     stream
         .set_read_timeout(Some(timeout))
-        .map_err(|err| unreachable(&err))?;
-    write!(stream, "GET /v2/ HTTP/1.0\r\nHost: {registry}\r\n\r\n")
-        .map_err(|err| unreachable(&err))?;
+        .map_err(|err| fail(&err))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").map_err(|err| fail(&err))?;
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
-        .map_err(|err| unreachable(&err))?;
+        .map_err(|err| fail(&err))?;
     let response = String::from_utf8_lossy(&response);
-    let status_line = response.lines().next().unwrap_or_default();
+    Ok(response.lines().next().unwrap_or_default().to_owned())
+}
+
+/// The registry answers `GET /v2/` with 401 when it is up and wants basic auth.
+fn check_registry(registry: &str) -> Result<(), String> {
+    let status_line = http_get_status_line(registry, "/v2/")
+        .map_err(|err| format!("registry {registry} unreachable: {err}"))?;
     if status_line.split_whitespace().nth(1) != Some("401") {
         return Err(format!(
             "registry {registry} answered `{status_line}` to GET /v2/ instead of 401"
