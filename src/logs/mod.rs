@@ -328,6 +328,9 @@ impl Follower {
             if self.done {
                 return Ok(None);
             }
+            // Mark every start seen so far *before* looking: a build that starts after this
+            // point wakes the wait below instead of leaving it to the recheck timer.
+            self.started.borrow_and_update();
             if let Some(live) = self.hub.live_log(self.id) {
                 match self.read_live(&live).await? {
                     LiveRead::Lines => continue,
@@ -350,7 +353,6 @@ impl Follower {
                 self.done = true;
                 return Ok(Some(LogEvent::End(status)));
             }
-            self.started.borrow_and_update();
             let _ = tokio::time::timeout(IDLE_RECHECK, self.started.changed()).await;
         }
     }
