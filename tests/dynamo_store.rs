@@ -4,24 +4,12 @@
 mod common;
 mod store_contract;
 
-use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::Credentials;
 use slipway::config::AwsSettings;
 use slipway::store::dynamo::dynamo_client;
 use slipway::store::{BuildStore, DynamoStore, SetupReport, ensure_table};
 
 use store_contract::store_contract_tests;
-
-async fn moto_config() -> SdkConfig {
-    let testbed = common::testbed();
-    aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(testbed.aws_endpoint)
-        .region("us-east-1")
-        .credentials_provider(Credentials::new("test", "test", None, None, "static"))
-        .load()
-        .await
-}
 
 /// A table of its own on moto, deleted by `close`.
 struct MotoTable {
@@ -50,7 +38,7 @@ async fn delete_table(client: &Client, table: &str) {
 }
 
 async fn moto_table() -> MotoTable {
-    let sdk = moto_config().await;
+    let sdk = common::moto_sdk_config().await;
     let client = dynamo_client(&sdk);
     let table = common::unique("slipway-builds");
     ensure_table(&client, &table).await.unwrap();
@@ -69,7 +57,7 @@ store_contract_tests!(moto_table);
 
 #[tokio::test]
 async fn ensure_table_twice_creates_once() {
-    let client = dynamo_client(&moto_config().await);
+    let client = dynamo_client(&common::moto_sdk_config().await);
     let table = common::unique("slipway-setup");
     let first = ensure_table(&client, &table).await.unwrap();
     let second = ensure_table(&client, &table).await.unwrap();
@@ -108,7 +96,7 @@ async fn ensure_table_twice_creates_once() {
 async fn ping_answers_for_an_existing_table_only() {
     let fixture = moto_table().await;
     fixture.store().ping().await.unwrap();
-    let sdk = moto_config().await;
+    let sdk = common::moto_sdk_config().await;
     let missing = DynamoStore::new(
         &sdk,
         &AwsSettings {
@@ -128,7 +116,7 @@ async fn ensure_table_refuses_a_table_without_the_indexes() {
     use aws_sdk_dynamodb::types::{
         AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
     };
-    let client = dynamo_client(&moto_config().await);
+    let client = dynamo_client(&common::moto_sdk_config().await);
     let table = common::unique("slipway-bare");
     client
         .create_table()

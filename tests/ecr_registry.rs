@@ -3,11 +3,6 @@
 
 mod common;
 
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
-
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_ecr::config::Credentials;
 use slipway::config::AwsSettings;
 use slipway::model::AppName;
 use slipway::registry::EcrAuth;
@@ -15,51 +10,13 @@ use slipway::registry::EcrAuth;
 /// moto's `GetAuthorizationToken` always hands out this password (for account 123456789012).
 const MOTO_PASSWORD: &str = "123456789012-auth-token";
 
-/// moto_server's address, from `SLIPWAY_TEST_AWS_ENDPOINT`; panics, naming `scripts/test`,
-/// when it is unset or nothing answers there.
-fn moto_endpoint() -> String {
-    let endpoint = std::env::var("SLIPWAY_TEST_AWS_ENDPOINT")
-        .ok()
-        .filter(|value| !value.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "SLIPWAY_TEST_AWS_ENDPOINT is not set: these tests need moto_server.\n\
-                 Run them with `scripts/test` (or run `scripts/testbed` once and export what it prints)."
-            )
-        });
-    let host = endpoint
-        .split_once("://")
-        .map_or(endpoint.as_str(), |(_, rest)| rest)
-        .trim_end_matches('/');
-    let reachable = host
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
-    assert!(
-        reachable,
-        "moto_server at {endpoint} (SLIPWAY_TEST_AWS_ENDPOINT) does not answer.\n\
-         Run the tests with `scripts/test`, which starts it."
-    );
-    endpoint
-}
-
-async fn moto_sdk_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(moto_endpoint())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "static"))
-        .load()
-        .await
-}
-
 #[tokio::test]
 async fn credentials_are_user_aws_with_the_token_password_for_the_configured_endpoint() {
     let settings = AwsSettings {
         registry_endpoint: "127.0.0.1:5055".into(),
         ..AwsSettings::default()
     };
-    let ecr = EcrAuth::new(&moto_sdk_config().await, &settings);
+    let ecr = EcrAuth::new(&common::moto_sdk_config().await, &settings);
 
     let credentials = ecr.credentials().await.unwrap();
 
@@ -71,7 +28,7 @@ async fn credentials_are_user_aws_with_the_token_password_for_the_configured_end
 
 #[tokio::test]
 async fn without_a_registry_endpoint_the_server_is_the_proxy_endpoint_host() {
-    let ecr = EcrAuth::new(&moto_sdk_config().await, &AwsSettings::default());
+    let ecr = EcrAuth::new(&common::moto_sdk_config().await, &AwsSettings::default());
 
     let credentials = ecr.credentials().await.unwrap();
 
@@ -84,7 +41,7 @@ async fn without_a_registry_endpoint_the_server_is_the_proxy_endpoint_host() {
 
 #[tokio::test]
 async fn ensuring_a_repository_twice_is_fine() {
-    let sdk = moto_sdk_config().await;
+    let sdk = common::moto_sdk_config().await;
     let settings = AwsSettings {
         repo_prefix: "slipway-test/".into(),
         ..AwsSettings::default()

@@ -5,12 +5,9 @@
 mod common;
 
 use std::io::Write;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::Credentials;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
@@ -24,44 +21,6 @@ use slipway::sources::{
 };
 
 const MIB: usize = 1024 * 1024;
-
-/// moto_server's address, from `SLIPWAY_TEST_AWS_ENDPOINT`; panics, naming `scripts/test`,
-/// when it is unset or nothing answers there.
-fn moto_endpoint() -> String {
-    let endpoint = std::env::var("SLIPWAY_TEST_AWS_ENDPOINT")
-        .ok()
-        .filter(|value| !value.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "SLIPWAY_TEST_AWS_ENDPOINT is not set: these tests need moto_server.\n\
-                 Run them with `scripts/test` (or run `scripts/testbed` once and export what it prints)."
-            )
-        });
-    let host = endpoint
-        .split_once("://")
-        .map_or(endpoint.as_str(), |(_, rest)| rest)
-        .trim_end_matches('/');
-    let reachable = host
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
-    assert!(
-        reachable,
-        "moto_server at {endpoint} (SLIPWAY_TEST_AWS_ENDPOINT) does not answer.\n\
-         Run the tests with `scripts/test`, which starts it."
-    );
-    endpoint
-}
-
-async fn moto_sdk_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(moto_endpoint())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "static"))
-        .load()
-        .await
-}
 
 /// A bucket of its own for one test; `remove` empties and deletes it at the end.
 struct TestBucket {
@@ -77,7 +36,7 @@ impl TestBucket {
             s3_force_path_style: true,
             ..AwsSettings::default()
         };
-        let sdk = moto_sdk_config().await;
+        let sdk = common::moto_sdk_config().await;
         let client = s3_client(&sdk, &settings);
         ensure_bucket(&client, &settings.bucket)
             .await

@@ -235,3 +235,15 @@ pub fn docker(args: &[&str]) -> Output {
 }
 
 pub mod node;
+
+/// An AWS SDK config pointing at the testbed's moto_server (any credentials, us-east-1).
+pub async fn moto_sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(testbed().aws_endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ))
+        .load()
+        .await
+}
