@@ -469,3 +469,22 @@ async fn with_a_registry_the_image_is_pushed_and_its_digest_recorded() {
     remove_images(&[build["image"].as_str().unwrap()]);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_over_build_timeout_fails_with_a_clear_error_and_stops_its_container() {
+    let node = start_node(|s| s.build_timeout = Duration::from_secs(2)).await;
+    let app = unique("timeout");
+    let marker = unique("overrun");
+    let df = dockerfile(&format!("RUN sleep 300 # {marker}\n"));
+    let id = node
+        .submit_ok(&format!("app={app}"), tgz(&[("Dockerfile", &df)]))
+        .await;
+    let build = node.wait_finished(&id, Duration::from_secs(60)).await;
+    assert_eq!(build["status"], "failed", "{build}");
+    assert_eq!(build["error"], "build timed out after 2s (build_timeout)");
+    assert!(
+        !sleeper_running(&marker),
+        "the RUN container outlived the timeout"
+    );
+    node.stop().await;
+}

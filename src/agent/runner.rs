@@ -78,7 +78,7 @@ pub(super) async fn run_build(ctx: Arc<AgentContext>, build: Build, control: Arc
     control.token().cancel();
     let _ = keeper.await;
 
-    let outcome = decide_outcome(&ctx, &build, result, control.reason(), &report);
+    let outcome = decide_outcome(&ctx, result, control.reason(), &report);
     let Some(outcome) = outcome else {
         // Lease lost or shutting down: the build belongs to someone else now (or to the queue).
         if control.reason() == Some(StopReason::Shutdown) {
@@ -124,7 +124,6 @@ pub(super) async fn run_build(ctx: Arc<AgentContext>, build: Build, control: Arc
 /// Turns what happened into the outcome to record; `None` when nothing may be recorded.
 fn decide_outcome(
     ctx: &AgentContext,
-    build: &Build,
     result: Result<Produced, RunError>,
     stopped: Option<StopReason>,
     report: &AttemptReport,
@@ -162,10 +161,7 @@ fn decide_outcome(
                 humantime::format_duration(ctx.settings.build_timeout)
             ),
         )),
-        (Err(e), None) => {
-            let _ = build;
-            Some(failed(Status::Failed, e.to_string()))
-        }
+        (Err(e), None) => Some(failed(Status::Failed, e.to_string())),
     }
 }
 
