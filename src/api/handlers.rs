@@ -38,10 +38,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf,
 {
-    let mut params = BuildRequestBuilder::default();
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        params.set(&name, &value)?;
-    }
+    let params = build_params_from_query(&query)?;
     let request = params.finish()?;
     let id = BuildId::new();
     let source = receive(&state, id, body, &request.options.dockerfile).await?;
@@ -60,10 +57,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
     B: Buf + Send + 'static,
 {
-    let mut params = BuildRequestBuilder::default();
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        params.set(&name, &value)?;
-    }
+    let mut params = build_params_from_query(&query)?;
     let body = body.map(|chunk| chunk.map(|mut b| b.copy_to_bytes(b.remaining())));
     let mut form = multer::Multipart::new(body, boundary);
     let id = BuildId::new();
@@ -121,6 +115,15 @@ where
         return Err(e);
     }
     enqueue(&state, id, request, source).await
+}
+
+/// Build options given in the query string (both upload forms accept them there).
+fn build_params_from_query(query: &str) -> Result<BuildRequestBuilder, ValidationError> {
+    let mut params = BuildRequestBuilder::default();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        params.set(&name, &value)?;
+    }
+    Ok(params)
 }
 
 fn multipart_error(e: multer::Error) -> ApiError {

@@ -133,21 +133,31 @@ async fn create_build(
         | "application/x-tar"
         | "application/octet-stream"
         | "application/x-compressed-tar" => {
-            if content_length.is_some_and(|n| n > max) {
-                return Err(crate::intake::IntakeError::SourceTooLarge { limit: max }.into());
-            }
+            refuse_declared_oversize(content_length, max, 0)?;
             handlers::create_build_raw(state, query, body).await
         }
         "multipart/form-data" => {
-            if content_length.is_some_and(|n| n > max + MULTIPART_OVERHEAD) {
-                return Err(crate::intake::IntakeError::SourceTooLarge { limit: max }.into());
-            }
+            refuse_declared_oversize(content_length, max, MULTIPART_OVERHEAD)?;
             let boundary = multer::parse_boundary(&content_type)
                 .map_err(|e| ApiError::Multipart(e.to_string()))?;
             handlers::create_build_multipart(state, query, boundary, body).await
         }
         _ => Err(ApiError::UnsupportedMediaType(content_type)),
     }
+}
+
+/// A body whose declared length already exceeds the limit is refused before it is read
+/// (`framing`: bytes of envelope allowed around the archive). Undeclared lengths are counted
+/// as they stream in.
+fn refuse_declared_oversize(
+    content_length: Option<u64>,
+    max: u64,
+    framing: u64,
+) -> Result<(), ApiError> {
+    if content_length.is_some_and(|n| n > max.saturating_add(framing)) {
+        return Err(crate::intake::IntakeError::SourceTooLarge { limit: max }.into());
+    }
+    Ok(())
 }
 
 /// Rejections (no route matched, a header did not parse, …) as JSON errors.
